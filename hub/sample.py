@@ -1,0 +1,108 @@
+"""The sample: one observation of one kind of metrics on one node, and the rules it keeps.
+
+A sample is immutable (a NamedTuple: cheap to build on the decode path). ``Sample.build`` validates and normalises (bool to int); the codec
+validates what it decodes, so every ``Sample`` that exists in a process is valid.
+Non-finite numbers (NaN, +inf, -inf) are not valid values: JSON clients could not read them,
+and a rate or gauge that is not a number is better left out than sent (docs/model.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+from hub.errors import ValidationError
+from hub.names import validate_kind, validate_label, validate_metric_name, validate_node
+
+Number = int | float
+
+INT64_MIN = -(2**63)
+UINT64_MAX = 2**64 - 1
+MAX_EPOCH = 2**53 - 1  # JSON-safe for JavaScript clients
+MAX_SEQ = 2**63 - 1
+
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+class Sample(NamedTuple):
+    """One node's values of one kind at one time.
+
+    ``seq`` counts samples of (node, kind) within one collector run, identified by ``epoch``:
+    a jump in seq within an epoch is a lost sample, a new epoch is a restart.
+    """
+
+    node: str
+    kind: str
+    ts: float
+    seq: int
+    epoch: int
+    values: Mapping[str, Number]
+    labels: Mapping[str, str] = NO_LABELS
+
+    @property
+    def topic(self) -> str:
+        return f"{self.node}/{self.kind}"
+
+    @classmethod
+    def build(
+        cls,
+        node: str,
+        kind: str,
+        values: Mapping[str, Number | bool],
+        *,
+        seq: int,
+        epoch: int,
+        ts: float | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Sample:
+        """Validate and normalise the parts of a sample (bool becomes 0/1, ts defaults to now).
+
+        Raises ValidationError naming the first part that is wrong.
+        """
+        validate_node(node)
+        validate_kind(kind)
+        ts = time.time() if ts is None else ts
+        check_ts(ts)
+        check_counter("seq", seq, MAX_SEQ)
+        check_counter("epoch", epoch, MAX_EPOCH)
+        clean: dict[str, Number] = {}
+        for name, value in values.items():
+            validate_metric_name(name)
+            clean[name] = check_value(name, value)
+        clean_labels: dict[str, str] = {}
+        for key, label in (labels or {}).items():
+            validate_label(key, label)
+            clean_labels[key] = label
+        return cls(node, kind, float(ts), seq, epoch, clean, clean_labels)
+
+
+def check_ts(ts: object) -> float:
+    if type(ts) not in (int, float) or not math.isfinite(ts) or ts < 0:  # type: ignore[arg-type]
+        raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
+    return float(ts)  # type: ignore[arg-type]
+
+
+def check_counter(what: str, value: object, maximum: int) -> int:
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise ValidationError(f"invalid {what} {value!r}: an integer from 0 to {maximum}")
+    return value
+
+
+def check_value(name: str, value: object) -> Number:
+    """Return a valid metric value: bool as 0/1, finite floats, 64-bit integers."""
+    kind = type(value)
+    if kind is bool:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise ValidationError(f"metric {name!r} is {value!r}: values must be finite")
+        return value  # type: ignore[return-value]
+    if kind is int:
+        if not INT64_MIN <= value <= UINT64_MAX:  # type: ignore[operator]
+            raise ValidationError(f"metric {name!r} = {value!r} does not fit in 64 bits")
+        return value  # type: ignore[return-value]
+    raise ValidationError(f"metric {name!r} has a {kind.__name__} value: use int or float")
