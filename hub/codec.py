@@ -121,10 +121,11 @@ class SampleCodec:
         if len(keys) != len(numbers):
             raise CodecError(f"{len(keys)} names for {len(numbers)} values")
         if set(map(type, numbers)) <= _NUMBER_TYPES and _sum_is_finite(numbers):
-            values = dict(zip(keys, numbers))
+            values = dict(zip(keys, numbers, strict=True))
         else:
             try:
-                values = {name: check_value(name, value) for name, value in zip(keys, numbers)}
+                pairs = zip(keys, numbers, strict=True)
+                values = {name: check_value(name, value) for name, value in pairs}
             except ValidationError as exc:
                 raise CodecError(str(exc)) from exc
         if type(labels) is not dict:

@@ -1,7 +1,8 @@
 """The sample: one observation of one kind of metrics on one node, and the rules it keeps.
 
-A sample is immutable (a NamedTuple: cheap to build on the decode path). ``Sample.build`` validates and normalises (bool to int); the codec
-validates what it decodes, so every ``Sample`` that exists in a process is valid.
+A sample is immutable (a NamedTuple: cheap to build on the decode path). ``Sample.build``
+validates and normalises (bool to int); the codec validates what it decodes, so every
+``Sample`` that exists in a process is valid.
 Non-finite numbers (NaN, +inf, -inf) are not valid values: JSON clients could not read them,
 and a rate or gauge that is not a number is better left out than sent (docs/model.md).
 """

@@ -28,13 +28,13 @@ def redis_server_session() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_server(redis_server_session: RedisServer) -> Iterator[RedisServer]:
+def redis_server(redis_server_session: RedisServer) -> RedisServer:
     """A private redis-server, empty at the start of the test."""
     if redis_server_session.proc is None or not redis_server_session.ping():
         redis_server_session.stop()
         redis_server_session.start()
     redis_server_session.cli("FLUSHALL")
-    yield redis_server_session
+    return redis_server_session
 
 
 @pytest.fixture
