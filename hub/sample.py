@@ -82,9 +82,12 @@ class Sample(NamedTuple):
 
 
 def check_ts(ts: object) -> float:
-    if type(ts) not in (int, float) or not math.isfinite(ts) or ts < 0:  # type: ignore[arg-type]
+    if type(ts) is not int and type(ts) is not float:
         raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
-    return float(ts)  # type: ignore[arg-type]
+    value = float(ts)  # type: ignore[arg-type]
+    if not 0 <= value < math.inf:
+        raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
+    return value
 
 
 def check_counter(what: str, value: object, maximum: int) -> int:
@@ -95,15 +98,14 @@ def check_counter(what: str, value: object, maximum: int) -> int:
 
 def check_value(name: str, value: object) -> Number:
     """Return a valid metric value: bool as 0/1, finite floats, 64-bit integers."""
-    kind = type(value)
-    if kind is bool:
-        return int(value)  # type: ignore[call-overload, no-any-return]
-    if kind is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]
+    if isinstance(value, bool):
+        return int(value)
+    if type(value) is float:
+        if not math.isfinite(value):
             raise ValidationError(f"metric {name!r} is {value!r}: values must be finite")
-        return value  # type: ignore[return-value]
-    if kind is int:
-        if not INT64_MIN <= value <= UINT64_MAX:  # type: ignore[operator]
+        return value
+    if type(value) is int:
+        if not INT64_MIN <= value <= UINT64_MAX:
             raise ValidationError(f"metric {name!r} = {value!r} does not fit in 64 bits")
-        return value  # type: ignore[return-value]
-    raise ValidationError(f"metric {name!r} has a {kind.__name__} value: use int or float")
+        return value
+    raise ValidationError(f"metric {name!r} has a {type(value).__name__} value: use int or float")

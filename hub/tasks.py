@@ -161,7 +161,7 @@ class TaskManager:
             coro.close()
             raise LifecycleError(f"task manager {self.name!r} is closed")
         self._state = ManagerState.OPEN
-        base = name or getattr(coro, "__qualname__", "task")
+        base: str = name or getattr(coro, "__qualname__", None) or "task"
         task_name = base if base not in self._tasks else f"{base}#{next(self._ids)}"
         task = asyncio.get_running_loop().create_task(self._run(coro), name=task_name)
         record = ManagedTask(task_name, group, task, time.monotonic(), _coro=coro)
