@@ -84,7 +84,7 @@ class Sample(NamedTuple):
 def check_ts(ts: object) -> float:
     if type(ts) is not int and type(ts) is not float:
         raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
-    value = float(ts)  # type: ignore[arg-type]
+    value = float(ts)
     if not 0 <= value < math.inf:
         raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
     return value
