@@ -109,6 +109,7 @@ class TaskManager:
         self._counts = {state: 0 for state in _FINISHED}
         self._created_total = 0
         self._stuck_total = 0
+        self._exec_count = 0  # finished tasks that ran at least one step
         self._exec_seconds_total = 0.0
         self._exec_seconds_max = 0.0
         self.failures: deque[FailureRecord] = deque(maxlen=keep_failures)
@@ -160,10 +161,19 @@ class TaskManager:
         if self._state is ManagerState.CLOSED:
             coro.close()
             raise LifecycleError(f"task manager {self.name!r} is closed")
-        self._state = ManagerState.OPEN
         base: str = name or getattr(coro, "__qualname__", None) or "task"
-        task_name = base if base not in self._tasks else f"{base}#{next(self._ids)}"
-        task = asyncio.get_running_loop().create_task(self._run(coro), name=task_name)
+        task_name = base
+        while task_name in self._tasks:  # a caller may itself have used a "name#n" name
+            task_name = f"{base}#{next(self._ids)}"
+        runner = self._run(coro)
+        try:
+            task = asyncio.get_running_loop().create_task(runner, name=task_name)
+        except BaseException:
+            # No loop (or a closed one): close both coroutines so neither warns "never awaited".
+            runner.close()
+            coro.close()
+            raise
+        self._state = ManagerState.OPEN
         record = ManagedTask(task_name, group, task, time.monotonic(), _coro=coro)
         self._tasks[task_name] = record
         self._by_task[task] = record
@@ -192,6 +202,7 @@ class TaskManager:
         record.finished_at = time.monotonic()
         if record.started_at is not None:
             elapsed = record.finished_at - record.started_at
+            self._exec_count += 1
             self._exec_seconds_total += elapsed
             self._exec_seconds_max = max(self._exec_seconds_max, elapsed)
         if task.cancelled():
@@ -290,7 +301,10 @@ class TaskManager:
             "tasks_stuck_total": self._stuck_total,
             "task_exec_seconds_total": self._exec_seconds_total,
             "task_exec_seconds_max": self._exec_seconds_max,
-            "task_exec_seconds_avg": self._exec_seconds_total / finished if finished else 0.0,
+            # Averaged over tasks that ran: one cancelled before its first step has no time.
+            "task_exec_seconds_avg": (
+                self._exec_seconds_total / self._exec_count if self._exec_count else 0.0
+            ),
             "task_error_rate": self._counts[TaskState.FAILED] / finished if finished else 0.0,
         }
 
@@ -304,6 +318,8 @@ async def run_periodically(
     A call that overruns skips the ticks it missed rather than bunching them up. Errors
     propagate (the owning TaskManager records them). Cancelling is safe.
     """
+    if not interval > 0:  # 0 would spin the loop (and divide by zero below); NaN never sleeps
+        raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
     next_at = clock()
     while True:
         await func()
