@@ -26,6 +26,7 @@ from hub.errors import LifecycleError
 log = logging.getLogger(__name__)
 
 DEFAULT_CANCEL_TIMEOUT = 5.0
+_RECANCEL_AT = (0.2, 0.5, 1.0)  # fractions of the cancel timeout (see cancel_many)
 
 
 class TaskState(enum.Enum):
@@ -257,8 +258,23 @@ class TaskManager:
             record.state = TaskState.CANCELLING
             record.task.cancel()
         limit = self.cancel_timeout if timeout is None else timeout
-        _, still = await asyncio.wait([r.task for r in pending], timeout=limit)
-        stuck = [r for r in pending if r.task in still]
+        # On Python 3.11, asyncio.wait_for (used inside redis-py's socket writes) can swallow a
+        # cancel that lands as the inner call completes; the task then runs on. So the cancel is
+        # repeated at 20% and 50% of the timeout for tasks still running. A task that is still
+        # busy with cleanup after 20% of the timeout has that cleanup interrupted: cleanup must
+        # be short (STYLE.md: cleanup runs under a timeout).
+        waiting = {r.task for r in pending}
+        waited = 0.0
+        for fraction in _RECANCEL_AT:
+            step = limit * fraction - waited
+            _, still = await asyncio.wait(waiting, timeout=step)
+            waited += step
+            if not still or fraction == 1.0:
+                break
+            for task in still:
+                task.cancel()
+            waiting = set(still)
+        stuck = [r for r in pending if not r.task.done()]
         for record in stuck:
             self._stuck_total += 1
             log.warning("task %s ignored cancellation for %.1fs; leaving it", record.name, limit)

@@ -333,3 +333,22 @@ async def test_run_periodically_rejects_bad_interval(interval: float) -> None:
     func: Callable[[], Awaitable[None]] = asyncio.sleep  # type: ignore[assignment]
     with pytest.raises(ValueError, match="interval"):
         await run_periodically(func, interval)
+
+
+async def test_cancel_is_repeated_for_a_task_that_swallowed_the_first() -> None:
+    """A task that swallows one cancel (as 3.11's wait_for can) is cancelled again and ends."""
+    swallowed = asyncio.Event()
+
+    async def swallow_once() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()
+        await asyncio.sleep(3600)  # runs on as if the cancel had never come
+
+    async with TaskManager() as manager:
+        record = manager.create_task(swallow_once(), name="swallower")
+        await asyncio.sleep(0)
+        assert await manager.cancel_task(record, timeout=1.0)
+        assert swallowed.is_set()
+        assert record.state is TaskState.CANCELLED
