@@ -1,6 +1,7 @@
-"""Validation of the names the protocol defines: node, kind, topic, topic pattern, metric name.
+"""Validation of the names a sample carries: node, kind, topic, metric name, label.
 
-The rules for node, kind and topic are PROTOCOL.md's; metric names are ours (docs/model.md).
+The rules for node, kind and topic are PROTOCOL.md's; metric and label names are ours
+(docs/model.md). Topic patterns are the gateway's (gateway/topics.py).
 """
 
 from __future__ import annotations
@@ -48,10 +49,22 @@ def validate_label(key: object, value: object) -> None:
     """Raise ValidationError unless ``key``/``value`` form a valid label."""
     if not isinstance(key, str) or LABEL_KEY_RE.fullmatch(key) is None:
         raise ValidationError(f"invalid label name {key!r}: use [A-Za-z_][A-Za-z0-9_]{{0,63}}")
-    if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LEN:
+    if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LEN or not _is_utf8(value):
         raise ValidationError(
-            f"invalid value for label {key!r}: a string of at most {MAX_LABEL_VALUE_LEN} chars"
+            f"invalid value for label {key!r}: a string of at most {MAX_LABEL_VALUE_LEN} "
+            "characters, encodable as UTF-8"
         )
+
+
+def _is_utf8(value: str) -> bool:
+    """False for strings with lone surrogates, which UTF-8 (msgpack, JSON frames) cannot carry."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def topic(node: str, kind: str) -> str:

@@ -1,10 +1,7 @@
 """The sample: one observation of one kind of metrics on one node, and the rules it keeps.
 
-A sample is immutable (a NamedTuple: cheap to build on the decode path). ``Sample.build``
-validates and normalises (bool to int); the codec validates what it decodes, so every
-``Sample`` that exists in a process is valid.
-Non-finite numbers (NaN, +inf, -inf) are not valid values: JSON clients could not read them,
-and a rate or gauge that is not a number is better left out than sent (docs/model.md).
+``Sample.build`` validates and normalises (bool to 0/1; NaN and infinities are refused, as
+docs/model.md explains); the codec checks the same rules on both ways through the wire.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ class Sample(NamedTuple):
 
     @property
     def topic(self) -> str:
+        """``node/kind``."""
         return f"{self.node}/{self.kind}"
 
     @classmethod
@@ -66,31 +64,40 @@ class Sample(NamedTuple):
         """
         validate_node(node)
         validate_kind(kind)
-        ts = time.time() if ts is None else ts
-        check_ts(ts)
+        ts = check_ts(time.time() if ts is None else ts)
         check_counter("seq", seq, MAX_SEQ)
         check_counter("epoch", epoch, MAX_EPOCH)
+        if not isinstance(values, Mapping):
+            raise ValidationError(f"values must be a mapping, not {type(values).__name__}")
         clean: dict[str, Number] = {}
         for name, value in values.items():
             validate_metric_name(name)
             clean[name] = check_value(name, value)
+        if not labels:
+            return cls(node, kind, ts, seq, epoch, clean, NO_LABELS)
+        if not isinstance(labels, Mapping):
+            raise ValidationError(f"labels must be a mapping, not {type(labels).__name__}")
         clean_labels: dict[str, str] = {}
-        for key, label in (labels or {}).items():
+        for key, label in labels.items():
             validate_label(key, label)
             clean_labels[key] = label
-        return cls(node, kind, float(ts), seq, epoch, clean, clean_labels)
+        return cls(node, kind, ts, seq, epoch, clean, clean_labels)
 
 
 def check_ts(ts: object) -> float:
-    if type(ts) is not int and type(ts) is not float:
-        raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
-    value = float(ts)
-    if not 0 <= value < math.inf:
-        raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
-    return value
+    """Return ``ts`` as a float if it is a finite, non-negative time in seconds."""
+    if type(ts) is float and 0.0 <= ts < math.inf:
+        return ts
+    if type(ts) is int and ts >= 0:
+        try:
+            return float(ts)
+        except OverflowError:
+            pass
+    raise ValidationError(f"invalid ts {ts!r}: a finite, non-negative epoch time in seconds")
 
 
 def check_counter(what: str, value: object, maximum: int) -> int:
+    """Return ``value`` if it is an int from 0 to ``maximum`` (bool is not an int here)."""
     if type(value) is not int or not 0 <= value <= maximum:
         raise ValidationError(f"invalid {what} {value!r}: an integer from 0 to {maximum}")
     return value
