@@ -226,9 +226,14 @@ async def test_filter_and_sort(page: Page, fake_gateway: FakeGateway) -> None:
     assert sorted(await page.evaluate(visible_js)) == ["db-01", "db-02"]
     await page.fill("#filter", "")
     await page.select_option("#sort", "name")
-    await page.wait_for_function(f"() => {visible_js}.length === 12")
+    # The sort is applied on the next animation frame: wait for the order itself (a timeout
+    # fails the test), then check the whole order, not only its head.
+    await page.wait_for_function(
+        f"() => {{ const n = {visible_js}; return n.length === 12 && "
+        f"n.slice(0, 3).join() === 'api-01,api-02,cache-01'; }}"
+    )
     names: list[str] = await page.evaluate(visible_js)
-    assert names[:3] == ["api-01", "api-02", "cache-01"]
+    assert names == sorted(names)
 
 
 CONTRAST_JS = """() => {
