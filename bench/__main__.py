@@ -26,12 +26,14 @@ import bench
 
 # Run first and in this order; any other module of the package runs after them.
 KNOWN = ("codec", "publisher")
+# Modules of the package that are tools the benchmarks drive, not benchmarks themselves.
+TOOLS = frozenset({"loadgen", "baseline_server"})
 
 
 def discover() -> list[str]:
     """The benchmarks to run by default: KNOWN first, then any other module here."""
     found = {info.name for info in pkgutil.iter_modules(bench.__path__)
-             if not info.name.startswith("_")}
+             if not info.name.startswith("_") and info.name not in TOOLS}
     return [*KNOWN, *sorted(found - set(KNOWN))]
 
 
@@ -49,6 +51,8 @@ def run(name: str, args: argparse.Namespace) -> dict[str, float] | None:
     options: dict[str, object] = {}
     if "quick" in accepted:
         options["quick"] = args.quick
+    if "long" in accepted:
+        options["long"] = args.long
     if "redis_url" in accepted and args.redis_url is not None:
         options["redis_url"] = args.redis_url
     figures = main(**options)
@@ -92,6 +96,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         + ", ".join(discover()) + ")")
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds: a smoke test of the harness, noisy figures")
+    parser.add_argument("--long", action="store_true",
+                        help="also the long runs (make soak): 10,000 connections for 60 s")
     parser.add_argument("--redis-url", help="a Redis for the benchmarks that need one (they "
                         "write under their own key prefix); default: a private redis-server")
     parser.add_argument("--json", type=Path, metavar="FILE",
