@@ -106,6 +106,9 @@ class TaskManager:
         self._state = ManagerState.UNOPENED
         self._tasks: dict[str, ManagedTask] = {}
         self._by_task: dict[asyncio.Task[Any], ManagedTask] = {}
+        # group -> its live tasks by name: a connection's disconnect looks up its own tasks
+        # without scanning every task of the process (10,000 connections drain in O(n)).
+        self._by_group: dict[str, dict[str, ManagedTask]] = {}
         self._ids = itertools.count(1)
         self._counts = {state: 0 for state in _FINISHED}
         self._created_total = 0
@@ -178,6 +181,8 @@ class TaskManager:
         record = ManagedTask(task_name, group, task, time.monotonic(), _coro=coro)
         self._tasks[task_name] = record
         self._by_task[task] = record
+        if group is not None:
+            self._by_group.setdefault(group, {})[task_name] = record
         self._created_total += 1
         task.add_done_callback(self._on_done)
         return record
@@ -196,6 +201,12 @@ class TaskManager:
         record = self._by_task.pop(task, None)
         if record is None:
             return
+        if record.group is not None:
+            members = self._by_group.get(record.group)
+            if members is not None:
+                members.pop(record.name, None)
+                if not members:
+                    del self._by_group[record.group]
         self._tasks.pop(record.name, None)
         if record._coro is not None:  # cancelled before its first step: never awaited
             record._coro.close()
@@ -288,7 +299,7 @@ class TaskManager:
         """Live (not yet finished) tasks, optionally of one group."""
         if group is None:
             return list(self._tasks.values())
-        return [r for r in self._tasks.values() if r.group == group]
+        return list(self._by_group.get(group, {}).values())
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -352,3 +352,19 @@ async def test_cancel_is_repeated_for_a_task_that_swallowed_the_first() -> None:
         assert await manager.cancel_task(record, timeout=1.0)
         assert swallowed.is_set()
         assert record.state is TaskState.CANCELLED
+
+
+async def test_group_index_follows_tasks_and_empties() -> None:
+    """tasks(group=) lists exactly a group's live tasks, and the index empties as they end."""
+    async with TaskManager() as manager:
+        for group in ("a", "b"):
+            for _ in range(3):
+                manager.create_task(asyncio.sleep(3600), name=f"sleep-{group}", group=group)
+        assert len(manager.tasks(group="a")) == 3
+        assert {r.group for r in manager.tasks(group="b")} == {"b"}
+        assert not await manager.cancel_group("a")
+        await eventually(lambda: not manager.tasks(group="a"))
+        assert len(manager.tasks(group="b")) == 3
+        await manager.aclose()
+        await eventually(lambda: len(manager) == 0)
+        assert manager._by_group == {}
