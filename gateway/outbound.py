@@ -269,6 +269,10 @@ class OutboundQueue(Generic[K, T]):
         """The topics with an update held by their throttle window."""
         return list(self._held_topics)
 
+    def pending_topics(self) -> list[K]:
+        """The topics with an update pending or held (what ``drop_topic`` can drop)."""
+        return [*self._latest, *(t for t in self._held_topics if t not in self._latest)]
+
     def clear(self) -> None:
         """Drop everything (on disconnect)."""
         self._fifo.clear()
