@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: $(STAMP)
-	$(BIN)/python -m bench --long $(BENCH_ARGS)
+	$(BIN)/python -m bench.gateway --only soak $(BENCH_ARGS)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/metrics-hub demo $(DEMO_ARGS)
