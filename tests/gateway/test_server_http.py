@@ -141,12 +141,15 @@ async def test_static_files_are_served_safely(redis_server: RedisServer, static_
 
 
 async def test_the_bundled_dashboard_is_served(redis_server: RedisServer) -> None:
-    """Without --static-dir the bundled gateway/static is served on /."""
+    """Without --static-dir the bundled gateway/static is served on /, under a strict CSP."""
     async with inprocess_gateway(redis_server.url) as gw:
         status, headers, body = await get(gw.port, "/")
         assert status == 200
         assert headers["Content-Type"] == "text/html; charset=utf-8"
         assert b"<html" in body.lower() or b"<!doctype" in body.lower()
+        policy = headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy
+        assert "script-src 'self'" in policy
 
 
 async def test_drain_turns_readiness_off_and_closes_clients_with_1001(
