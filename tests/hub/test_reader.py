@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -30,6 +28,7 @@ from hub.reader import StreamEntry, StreamReader, history, read_range, topic_pre
 from hub.redis_url import connect
 from hub.sample import Sample
 from hub.tasks import TaskManager
+from tests.redis_cluster import LocalCluster, redis_cluster_fixture
 from tests.redis_server import RedisServer, free_port, require_redis_server
 
 LAYOUT = KeyLayout()
@@ -450,47 +449,17 @@ def test_topic_prefix_matches_the_codec() -> None:
 
 
 # -- a real Redis Cluster ---------------------------------------------------------------------
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is valid and free too."""
-    for _ in range(200):
-        port = free_port()
-        if port <= 55535:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no port pair for a cluster node")
-
-
 @pytest.fixture
-def redis_cluster() -> Iterator[list[RedisServer]]:
+def redis_cluster() -> Iterator[LocalCluster]:
     """Three master nodes forming a Redis Cluster (no replicas)."""
-    require_redis_server()
-    nodes = [RedisServer(cluster_port(), "--cluster-enabled", "yes", "--cluster-config-file",
-                         "nodes.conf", "--cluster-node-timeout", "2000") for _ in range(3)]
-    try:
-        for node in nodes:
-            node.start()
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *[f"127.0.0.1:{node.port}" for node in nodes],
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       capture_output=True, check=True, timeout=60)
-        deadline = time.monotonic() + 30
-        while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in nodes):
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.05)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.close()
+    yield from redis_cluster_fixture()
 
 
-async def test_cluster_publish_read_latest_and_topics(redis_cluster: list[RedisServer]) -> None:
+async def test_cluster_publish_read_latest_and_topics(redis_cluster: LocalCluster) -> None:
     """On a 3-node Cluster: a batch publishes, the reader reads every shard (one XREAD per
     slot, in owned tasks), and latest/list_topics find every topic."""
-    url = "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in redis_cluster[:2])
+    url = "redis+cluster://" + ",".join(
+        f"127.0.0.1:{node.port}" for node in redis_cluster.nodes[:2])
     client = connect(url)
     assert isinstance(client, RedisCluster)
     try:
