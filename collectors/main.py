@@ -93,17 +93,9 @@ async def _reload(collector: Collector, loaded: Loaded[CollectorSettings]) -> No
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the configuration, run the collector, return the process exit code."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        loaded = SPEC.load(args)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    if loaded.print_config:
-        print(loaded.describe(SPEC))
-        return 0
+    loaded = SPEC.load_or_exit_code(argv)
+    if isinstance(loaded, int):
+        return loaded
     configure_logging(loaded.settings.log_level)
     try:
         return asyncio.run(serve(loaded))

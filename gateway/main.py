@@ -155,22 +155,14 @@ def supervise(settings: GatewaySettings, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the configuration, run the gateway (or its workers), return the exit code."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        loaded = SPEC.load(args)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    if loaded.print_config:
-        print(loaded.describe(SPEC))
-        return 0
+    loaded = SPEC.load_or_exit_code(argv)
+    if isinstance(loaded, int):
+        return loaded
     settings = loaded.settings
     configure_logging(settings.log_level)
     raise_fd_limit()
     if settings.workers > 1:
-        return supervise(settings, args)
+        return supervise(settings, list(loaded.argv))
     try:
         return asyncio.run(run(settings))
     except ConfigError as exc:

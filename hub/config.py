@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -450,6 +451,23 @@ class ConfigSpec(Generic[T]):
                 raise ConfigError(str(exc)) from None
         return Loaded(settings, sources, config_path, tuple(args),
                       bool(namespace.get("print_config", False)))
+
+    def load_or_exit_code(self, argv: Sequence[str] | None = None) -> Loaded[T] | int:
+        """What a process's main() does first: the loaded settings, or the exit code to
+        return at once: 2 after printing a ConfigError's one line, 0 after --help or
+        --print-config. ``argv`` defaults to ``sys.argv[1:]``."""
+        args = sys.argv[1:] if argv is None else list(argv)
+        try:
+            loaded = self.load(args)
+        except ConfigError as exc:
+            print(f"{self.prog}: {exc}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:  # --help, or argparse's own usage error (code 2)
+            return exc.code if isinstance(exc.code, int) else 0
+        if loaded.print_config:
+            print(loaded.describe(self))
+            return 0
+        return loaded
 
     def _resolve(
         self,

@@ -456,20 +456,12 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> int:
     """``metrics-hub demo``: 0 after Ctrl-C, 1 if a part failed, 2 for a bad option."""
-    args = sys.argv[1:] if argv is None else list(argv)
     if os.name != "posix":
         print("metrics-hub demo: needs Linux or macOS (process groups)", file=sys.stderr)
         return 1
-    try:
-        loaded = SPEC.load(args)
-    except ConfigError as exc:
-        print(f"{SPEC.prog}: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    if loaded.print_config:
-        print(loaded.describe(SPEC))
-        return 0
+    loaded = SPEC.load_or_exit_code(argv)
+    if isinstance(loaded, int):
+        return loaded
 
     async def run() -> int:
         return await Demo(loaded.settings).run()

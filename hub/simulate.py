@@ -352,17 +352,9 @@ async def serve(settings: SimulateSettings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the settings, publish until stopped, return the exit code."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        loaded = SPEC.load(args)
-    except ConfigError as exc:
-        print(f"{SPEC.prog}: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    if loaded.print_config:
-        print(loaded.describe(SPEC))
-        return 0
+    loaded = SPEC.load_or_exit_code(argv)
+    if isinstance(loaded, int):
+        return loaded
     logging.basicConfig(level=loaded.settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
