@@ -9,7 +9,6 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -29,16 +28,7 @@ from hub import (
     TaskManager,
     TaskState,
 )
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``cond()`` holds, failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.002)
+from tests.waiting import eventually
 
 
 def state_of(record: ManagedTask) -> TaskState:

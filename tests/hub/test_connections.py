@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +17,7 @@ from hub.errors import (
     ValidationError,
 )
 from hub.tasks import ManagerState, TaskManager, TaskState
+from tests.waiting import eventually
 
 S = ConnectionState
 VALID = {
@@ -26,16 +26,6 @@ VALID = {
     (S.ERROR, S.DISCONNECTING),
     (S.DISCONNECTING, S.DISCONNECTED),
 }
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``cond()`` holds, failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.001)
 
 
 class FakeWs:

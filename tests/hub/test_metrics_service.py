@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,16 +12,7 @@ import pytest
 from hub.errors import ConfigError, LifecycleError, ValidationError
 from hub.metrics_service import MetricsService, MetricsType
 from hub.tasks import ManagerState, TaskManager, TaskState
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``cond()`` holds, failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.001)
+from tests.waiting import eventually
 
 
 class FakeClock:

@@ -13,16 +13,7 @@ import pytest
 
 from hub.errors import LifecycleError
 from hub.tasks import ManagedTask, ManagerState, TaskManager, TaskState, run_periodically
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``cond()`` holds, failing after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.001)
+from tests.waiting import eventually
 
 
 def state_of(record: ManagedTask) -> TaskState:
