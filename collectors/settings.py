@@ -12,11 +12,21 @@ from pathlib import Path
 from collectors.filesystems import DEFAULT_EXCLUDED_MOUNTS, DEFAULT_EXCLUDED_TYPES
 from collectors.statsd_server import parse_address
 from collectors.system import DEFAULT_DISK_EXCLUDE, DEFAULT_NET_EXCLUDE
-from hub.config import ConfigSpec, each, in_range, non_negative, positive, setting, valid_regex
-from hub.errors import ConfigError, ValidationError
-from hub.keys import MAX_SHARDS, PREFIX_RE
+from hub.config import (
+    ConfigSpec,
+    each,
+    in_range,
+    non_negative,
+    positive,
+    setting,
+    valid_key_prefix,
+    valid_redis_url,
+    valid_regex,
+)
+from hub.errors import ValidationError
+from hub.keys import MAX_SHARDS
 from hub.names import KIND_RE, NODE_RE, validate_node
-from hub.redis_url import parse_url, redact
+from hub.redis_url import redact
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SECTION = "collector"
@@ -31,13 +41,6 @@ def default_node() -> str:
     return cleaned or "localhost"
 
 
-def _redis_url(value: str) -> None:
-    try:
-        parse_url(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _node(value: str) -> None:
     try:
         validate_node(value)
@@ -48,11 +51,6 @@ def _node(value: str) -> None:
 def _kind(value: str) -> None:
     if KIND_RE.fullmatch(value) is None:
         raise ValueError("use 1-64 of [a-z0-9_.-]")
-
-
-def _prefix(value: str) -> None:
-    if PREFIX_RE.fullmatch(value) is None:
-        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
 
 
 def _address(value: str) -> None:
@@ -72,7 +70,7 @@ class CollectorSettings:
     redis_url: str = setting(
         DEFAULT_REDIS_URL, help="Redis to publish to: redis://, rediss://, unix://, "
         "redis+sentinel://, redis+cluster:// (docs/redis-layout.md)",
-        validator=_redis_url, redact=redact, metavar="URL")
+        validator=valid_redis_url, redact=redact, metavar="URL")
     node: str = setting(
         help="this node's name in every topic", factory=default_node,
         default_doc="the host name", validator=_node, metavar="NAME")
@@ -87,7 +85,7 @@ class CollectorSettings:
         "once does not write in lockstep", validator=in_range(0, 3600), metavar="SECONDS")
     key_prefix: str = setting(
         "mh", help="prefix of every Redis key (the same in every process of a hub)",
-        validator=_prefix, metavar="PREFIX")
+        validator=valid_key_prefix, metavar="PREFIX")
     shards: int = setting(
         16, help="number of shard streams (the same in every process of a hub)",
         validator=in_range(1, MAX_SHARDS), metavar="N")

@@ -13,11 +13,19 @@ from typing import Any
 from gateway.outbound import OutboundLimits
 from gateway.protocol import ProtocolLimits
 from gateway.ratelimit import RateLimits
-from hub.config import ConfigSpec, in_range, non_negative, positive, setting
-from hub.errors import ConfigError, ValidationError
-from hub.keys import MAX_SHARDS, PREFIX_RE, KeyLayout
+from hub.config import (
+    ConfigSpec,
+    in_range,
+    non_negative,
+    positive,
+    setting,
+    valid_key_prefix,
+    valid_redis_url,
+)
+from hub.errors import ValidationError
+from hub.keys import MAX_SHARDS, KeyLayout
 from hub.names import NODE_RE, validate_node
-from hub.redis_url import parse_url, redact
+from hub.redis_url import redact
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SECTION = "gateway"
@@ -39,13 +47,6 @@ def default_gateway_id(port: int) -> str:
     return f"{host_name()}-{port}"
 
 
-def _redis_url(value: str) -> None:
-    try:
-        parse_url(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def _node(value: str | None) -> None:
     if value is None:
         return
@@ -53,11 +54,6 @@ def _node(value: str | None) -> None:
         validate_node(value)
     except ValidationError as exc:
         raise ValueError(str(exc)) from None
-
-
-def _prefix(value: str) -> None:
-    if PREFIX_RE.fullmatch(value) is None:
-        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
 
 
 def _static_dir(value: Path | None) -> None:
@@ -73,7 +69,7 @@ class GatewaySettings:
     redis_url: str = setting(
         DEFAULT_REDIS_URL, help="Redis of the hub: redis://, rediss://, unix://, "
         "redis+sentinel://, redis+cluster:// (docs/redis-layout.md)",
-        validator=_redis_url, redact=redact, metavar="URL", reloadable=False)
+        validator=valid_redis_url, redact=redact, metavar="URL", reloadable=False)
     host: str = setting(
         "0.0.0.0", help="address to listen on (HTTP and WebSocket share the port)",
         metavar="ADDRESS", reloadable=False)
@@ -94,7 +90,7 @@ class GatewaySettings:
         "several gateways started separately share the port", reloadable=False)
     key_prefix: str = setting(
         "mh", help="prefix of every Redis key (the same in every process of a hub)",
-        validator=_prefix, metavar="PREFIX", reloadable=False)
+        validator=valid_key_prefix, metavar="PREFIX", reloadable=False)
     shards: int = setting(
         16, help="number of shard streams (the same in every process of a hub)",
         validator=in_range(1, MAX_SHARDS), metavar="N", reloadable=False)

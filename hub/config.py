@@ -131,6 +131,25 @@ def valid_regex(value: str | None) -> None:
         raise ValueError(f"not a valid regular expression ({exc})") from None
 
 
+def valid_redis_url(value: str | None) -> None:
+    """Accept None, an empty string (no URL given) or a URL the connection factory can use."""
+    if value:
+        from hub.redis_url import parse_url  # redis-py is imported only where a URL is checked
+
+        try:
+            parse_url(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def valid_key_prefix(value: str | None) -> None:
+    """Accept None or a Redis key prefix (hub/keys.py's rule)."""
+    from hub.keys import PREFIX_RE
+
+    if value is not None and PREFIX_RE.fullmatch(value) is None:
+        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
+
+
 # -- the options a spec derives -------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Option:

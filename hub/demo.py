@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from hub.config import ConfigSpec, in_range, setting
+from hub.config import ConfigSpec, in_range, setting, valid_key_prefix, valid_redis_url
 from hub.embedded_redis import ServerBinary, find_server_binary, free_port, ping, server_command
-from hub.errors import ConfigError, HubError
-from hub.keys import PREFIX_RE, KeyLayout
-from hub.redis_url import check_connection, connect, parse_url, redact
+from hub.errors import HubError
+from hub.keys import KeyLayout
+from hub.redis_url import check_connection, connect, redact
 from hub.simulate import node_names
 from hub.tasks import TaskManager
 
@@ -42,19 +42,6 @@ EMBEDDED_PREFIX = "mh"
 EXTERNAL_PREFIX = "mh-demo"    # keeps simulated nodes out of a real hub sharing the Redis
 
 
-def _redis_url(value: str | None) -> None:
-    if value:
-        try:
-            parse_url(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-
-
-def _prefix(value: str | None) -> None:
-    if value is not None and PREFIX_RE.fullmatch(value) is None:
-        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
-
-
 @dataclass(frozen=True)
 class DemoSettings:
     """Settings of ``metrics-hub demo``."""
@@ -64,7 +51,7 @@ class DemoSettings:
     host: str = setting("127.0.0.1", help="address the gateway listens on (0.0.0.0 to show "
                         "the demo to other machines)", metavar="ADDRESS")
     redis_url: str | None = setting(None, help="use this running Redis instead of starting "
-                                    "one (empty: start a private one)", validator=_redis_url,
+                                    "one (empty: start a private one)", validator=valid_redis_url,
                                     redact=redact, metavar="URL")
     redis_server: str | None = setting(None, help="server binary to start (empty: "
                                        "redis-server on the PATH, else the valkey-server of "
@@ -72,7 +59,7 @@ class DemoSettings:
     key_prefix: str | None = setting(None, help="prefix of the demo's Redis keys (empty: "
                                      f"'{EMBEDDED_PREFIX}' on a private server, "
                                      f"'{EXTERNAL_PREFIX}' with --redis-url)",
-                                     validator=_prefix, metavar="PREFIX")
+                                     validator=valid_key_prefix, metavar="PREFIX")
     nodes: int = setting(6, help="number of simulated sim-* nodes (0: none)",
                          validator=in_range(0, 1000), metavar="N")
     interval: float = setting(1.0, help="seconds between two samples of every node",

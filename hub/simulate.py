@@ -22,11 +22,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hub.config import ConfigSpec, in_range, setting
+from hub.config import ConfigSpec, in_range, setting, valid_key_prefix, valid_redis_url
 from hub.errors import BackendUnavailable, ConfigError
-from hub.keys import MAX_SHARDS, PREFIX_RE, KeyLayout
+from hub.keys import MAX_SHARDS, KeyLayout
 from hub.publisher import Publisher
-from hub.redis_url import connect, parse_url, redact
+from hub.redis_url import connect, redact
 from hub.sample import Sample
 from hub.tasks import TaskManager, run_periodically
 
@@ -281,31 +281,19 @@ class Simulator:
 
 
 # -- the command ----------------------------------------------------------------------------
-def _redis_url(value: str) -> None:
-    try:
-        parse_url(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _prefix(value: str) -> None:
-    if PREFIX_RE.fullmatch(value) is None:
-        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
-
-
 @dataclass(frozen=True)
 class SimulateSettings:
     """Settings of ``python -m hub.simulate``."""
 
     redis_url: str = setting("redis://127.0.0.1:6379/0", help="Redis to publish to",
-                             validator=_redis_url, redact=redact, metavar="URL")
+                             validator=valid_redis_url, redact=redact, metavar="URL")
     nodes: int = setting(6, help="number of simulated nodes", validator=in_range(1, 10_000),
                          metavar="N")
     node_prefix: str = setting("sim-", help="start of every simulated node's name",
                                metavar="PREFIX")
     interval: float = setting(1.0, help="seconds between two samples of each node",
                               validator=in_range(0.05, 3600), metavar="SECONDS")
-    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=_prefix,
+    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=valid_key_prefix,
                               metavar="PREFIX")
     shards: int = setting(16, help="number of shard streams", validator=in_range(1, MAX_SHARDS),
                           metavar="N")

@@ -24,12 +24,20 @@ from typing import Any, TextIO
 
 from gateway import ProtocolError
 from gateway.topics import TopicPattern, parse_pattern
-from hub.config import ConfigSpec, Loaded, in_range, non_negative, setting
+from hub.config import (
+    ConfigSpec,
+    Loaded,
+    in_range,
+    non_negative,
+    setting,
+    valid_key_prefix,
+    valid_redis_url,
+)
 from hub.errors import ConfigError, HubError
-from hub.keys import MAX_SHARDS, PREFIX_RE, KeyLayout
+from hub.keys import MAX_SHARDS, KeyLayout
 from hub.latest import latest
 from hub.reader import StreamEntry, StreamReader
-from hub.redis_url import REDIS_ERRORS, RedisClient, connect, parse_url, redact, translate_error
+from hub.redis_url import REDIS_ERRORS, RedisClient, connect, redact, translate_error
 from hub.sample import Sample
 from hub.tasks import TaskManager
 
@@ -322,25 +330,13 @@ def render(status: HubStatus) -> str:
 
 
 # -- settings and argument handling ----------------------------------------------------------
-def _redis_url(value: str) -> None:
-    try:
-        parse_url(value)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _prefix(value: str) -> None:
-    if PREFIX_RE.fullmatch(value) is None:
-        raise ValueError("use 1-64 of [A-Za-z0-9_.:-]")
-
-
 @dataclass(frozen=True)
 class StatusSettings:
     """Settings of ``metrics-hub status``."""
 
     redis_url: str = setting("redis://127.0.0.1:6379/0", help="the hub's Redis",
-                             validator=_redis_url, redact=redact, metavar="URL")
-    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=_prefix,
+                             validator=valid_redis_url, redact=redact, metavar="URL")
+    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=valid_key_prefix,
                               metavar="PREFIX")
     shards: int = setting(16, help="number of shard streams", validator=in_range(1, MAX_SHARDS),
                           metavar="N")
@@ -357,8 +353,8 @@ class TailSettings:
     """Settings of ``metrics-hub tail``."""
 
     redis_url: str = setting("redis://127.0.0.1:6379/0", help="the hub's Redis",
-                             validator=_redis_url, redact=redact, metavar="URL")
-    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=_prefix,
+                             validator=valid_redis_url, redact=redact, metavar="URL")
+    key_prefix: str = setting("mh", help="prefix of every Redis key", validator=valid_key_prefix,
                               metavar="PREFIX")
     shards: int = setting(16, help="number of shard streams", validator=in_range(1, MAX_SHARDS),
                           metavar="N")
