@@ -8,7 +8,13 @@
     ├── LayoutMismatch        Redis holds data written with another key layout (shard count)
     ├── InvalidTransition     a connection state change the state machine forbids
     ├── CapacityError         a configured cap (connections, queues) is reached
-    └── LifecycleError        a manager used before it was opened or after it was closed
+    ├── LifecycleError        a manager used before it was opened or after it was closed
+    ├── gateway.ProtocolError a client frame the protocol rejects (answered with ``error``)
+    │   └── gateway.FrameTooLarge   over the frame limit: the connection closes with 1009
+    ├── gateway.CursorError   a resume cursor the gateway cannot use (answered with ``reset``)
+    └── hub.demo.DemoError    the demo cannot start or a part of it died (never leaves main())
+
+The gateway's errors live in ``gateway/__init__.py`` so its pure core imports nothing else.
 
 Library errors are translated at the edge with ``raise X(...) from exc`` so the cause is kept.
 """
