@@ -209,6 +209,7 @@ class Collector:
                 net_exclude=settings.net_exclude, disk_exclude=settings.disk_exclude,
                 fs_exclude_types=settings.fs_exclude_types,
                 fs_exclude_mounts=settings.fs_exclude_mounts, fs_timeout=settings.fs_timeout,
+                host_root=settings.host_root,
                 temperatures=settings.temperatures, per_cpu=settings.per_cpu,
             ), self.tasks, clock=self._clock)
             built.system = system

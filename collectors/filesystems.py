@@ -2,7 +2,9 @@
 
 A hung network mount makes statvfs block forever; here it costs one parked thread and a
 counted timeout, never a stalled collector. Network and pseudo filesystems are excluded by
-type, container and runtime paths by a mount-point pattern (both configurable).
+type, container and runtime paths by a mount-point pattern (both configurable). With a host
+root (the node's ``/`` mounted in a container), mounts come from the host's mount table, are
+measured under the host root and reported under the host's own mount points.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
@@ -37,13 +39,26 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = tuple(sorted(NETWORK_FS | PSEUDO_FS))
 DEFAULT_EXCLUDED_MOUNTS = (
     r"^/(proc|sys|dev|run|snap|var/lib/docker|var/lib/containers|var/lib/kubelet)($|/)"
 )
+# With hostPID, PID 1 is the node's init: its mount table is the node's, not the container's.
+HOST_MOUNTS_FILE = "/proc/1/mounts"
+OWN_MOUNTS_FILE = "/proc/self/mounts"
+FILESYSTEMS_FILE = "/proc/filesystems"
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 @dataclass(frozen=True, slots=True)
 class Mount:
+    """One mount; ``mountpoint`` is the name it is reported under, ``path`` where statvfs
+    looks (empty: the mount point itself)."""
+
     device: str
     mountpoint: str
     fstype: str
+    path: str = ""
+
+    @property
+    def stat_path(self) -> str:
+        return self.path or self.mountpoint
 
 
 def real_mounts(
@@ -99,7 +114,7 @@ class FilesystemProbe:
             if pending is not None and not pending.done():
                 self.timeouts_total += 1  # still stuck since an earlier round
                 continue
-            future = call_in_thread(os.statvfs, mount.mountpoint, name="mh-statvfs")
+            future = call_in_thread(os.statvfs, mount.stat_path, name="mh-statvfs")
             self._inflight[mount.mountpoint] = calls[mount.mountpoint] = future
         if not calls:
             return {}
@@ -125,6 +140,88 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def list_mounts(excluded_types: Iterable[str], excluded_mounts: re.Pattern[str]) -> list[Mount]:
-    """The real mounts of this host (reads the mount table; blocking but quick)."""
-    return real_mounts(psutil.disk_partitions(all=False), excluded_types, excluded_mounts)
+def list_mounts(
+    excluded_types: Iterable[str],
+    excluded_mounts: re.Pattern[str],
+    *,
+    host_root: str = "",
+    mounts_file: str = HOST_MOUNTS_FILE,
+    own_mounts_file: str = OWN_MOUNTS_FILE,
+    filesystems_file: str = FILESYSTEMS_FILE,
+) -> list[Mount]:
+    """The real mounts of this host (reads the mount table; blocking but quick).
+
+    With ``host_root``, the table is the host's (``mounts_file``); exclusions apply to the
+    host's mount points and each mount is measured at ``host_root`` + its mount point.
+    """
+    if not host_root:
+        return real_mounts(psutil.disk_partitions(all=False), excluded_types, excluded_mounts)
+    parts = host_partitions(host_root, mounts_file, own_mounts_file, filesystems_file)
+    return [replace(mount, path=host_path(host_root, mount.mountpoint))
+            for mount in real_mounts(parts, excluded_types, excluded_mounts)]
+
+
+def host_path(host_root: str, mountpoint: str) -> str:
+    """Where the host's ``mountpoint`` is seen under ``host_root`` (``/`` is the root itself)."""
+    root = host_root.rstrip("/") or "/"
+    if mountpoint == "/":
+        return root
+    return root.rstrip("/") + mountpoint
+
+
+def host_partitions(
+    host_root: str, mounts_file: str, own_mounts_file: str, filesystems_file: str
+) -> list[Mount]:
+    """The host's block-device mounts, as psutil's ``disk_partitions(all=False)`` keeps them.
+
+    Without hostPID (or if the host's table cannot be read) the container's own table stands
+    in: with mount propagation the host's mounts show there under ``host_root``.
+    """
+    block_types = _block_fs_types(_read(filesystems_file))
+    try:
+        mounts = parse_mounts(_read(mounts_file))
+    except OSError as exc:
+        log.debug("cannot read %s (%s); using %s under %s", mounts_file, exc,
+                  own_mounts_file, host_root)
+        mounts = _strip_root(parse_mounts(_read(own_mounts_file)), host_root)
+    return [m for m in mounts if m.device not in {"", "none"} and m.fstype in block_types]
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """The entries of a ``/proc/*/mounts`` table (octal escapes such as ``\\040`` decoded)."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            device, mountpoint, fstype = (_unescape(f) for f in fields[:3])
+            mounts.append(Mount(device, mountpoint, fstype))
+    return mounts
+
+
+def _strip_root(mounts: Iterable[Mount], host_root: str) -> list[Mount]:
+    root = host_root.rstrip("/")
+    kept = []
+    for mount in mounts:
+        if mount.mountpoint == root or mount.mountpoint.startswith(root + "/"):
+            kept.append(replace(mount, mountpoint=mount.mountpoint[len(root):] or "/"))
+    return kept
+
+
+def _block_fs_types(text: str) -> frozenset[str]:
+    # "nodev" types have no block device (zfs is listed so yet is one), as in psutil.
+    types = set()
+    for line in text.splitlines():
+        flag, _, name = line.partition("\t")
+        name = name.strip()
+        if not flag.strip() or name == "zfs":
+            types.add(name)
+    return frozenset(types)
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as file:
+        return file.read()

@@ -57,6 +57,11 @@ def _address(value: str) -> None:
     parse_address(value)
 
 
+def _absolute(value: Path | None) -> None:
+    if value is not None and not value.is_absolute():
+        raise ValueError("use an absolute path")
+
+
 def _percentile(value: float) -> None:
     if not 0 < value <= 100:
         raise ValueError("percentiles must be in (0, 100]")
@@ -134,6 +139,11 @@ class CollectorSettings:
     fs_exclude_mounts: str = setting(
         DEFAULT_EXCLUDED_MOUNTS, help="regular expression of mount points to leave out",
         validator=valid_regex, metavar="REGEX")
+    host_root: Path | None = setting(
+        None, help="the node's / as mounted in this container (e.g. /host/root): filesystems "
+        "come from the node's mount table (/proc/1/mounts, needs hostPID), are measured "
+        "under it and named by the node's mount points (empty: this is the node)",
+        validator=_absolute, metavar="PATH")
     fs_timeout: float = setting(
         2.0, help="seconds a filesystem check (statvfs) may take before it is skipped",
         validator=positive, metavar="SECONDS")

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -76,6 +77,7 @@ class SystemOptions:
     fs_exclude_types: tuple[str, ...] = DEFAULT_EXCLUDED_TYPES
     fs_exclude_mounts: str = DEFAULT_EXCLUDED_MOUNTS
     fs_timeout: float = 2.0
+    host_root: Path | None = None  # the node's / inside a container; None: we are the node
     temperatures: bool = True
     per_cpu: bool = True
 
@@ -313,7 +315,8 @@ class SystemSource:
     def _slow_sync(self) -> tuple[list[Any], Values]:
         options = self.options
         self._whole_disks = self._read_whole_disks()
-        mounts = list_mounts(options.fs_exclude_types, self._fs_exclude_mounts)
+        mounts = list_mounts(options.fs_exclude_types, self._fs_exclude_mounts,
+                             host_root=str(options.host_root or ""))
         slow: Values = {
             "process_count": len(psutil.pids()),
             "boot_time_seconds": psutil.boot_time(),
