@@ -11,22 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 from collectors.daemon import Collector
 from collectors.settings import SPEC, CollectorSettings
 from hub.config import Loaded
 from hub.errors import ConfigError
+from hub.process import configure_logging, run_main
 
 log = logging.getLogger("collectors")
 PROG = "metrics-hub collector"
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 class _Signals:
@@ -97,13 +90,4 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(loaded, int):
         return loaded
     configure_logging(loaded.settings.log_level)
-    try:
-        return asyncio.run(serve(loaded))
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
-        return 0
-    except Exception:
-        log.exception("the collector failed")
-        return 1
+    return run_main(serve(loaded), PROG)

@@ -346,27 +346,23 @@ class Fanout:
                 window = self.window
                 if window is not None and window.caught_up(positions):
                     return True
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    return False
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._progress.wait()
-                except TimeoutError:
+                if not await self._wait_event(self._progress, deadline):
                     return False
         finally:
             self._progress_waiters -= 1
 
     async def wait_started(self, deadline: float) -> bool:
         """Wait until the window exists, at most until ``deadline``. Cancelling is safe."""
-        if self.started.is_set():
-            return True
+        return self.started.is_set() or await self._wait_event(self.started, deadline)
+
+    async def _wait_event(self, event: asyncio.Event, deadline: float) -> bool:
+        """Wait for ``event`` until ``deadline`` (this fan-out's clock); False past it."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             return False
         try:
             async with asyncio.timeout(remaining):
-                await self.started.wait()
+                await event.wait()
         except TimeoutError:
             return False
         return True

@@ -24,6 +24,8 @@ from typing import Any
 from gateway.config import SPEC, GatewaySettings
 from gateway.server import Gateway
 from hub.errors import ConfigError, LayoutMismatch
+from hub.process import configure_logging as hub_configure_logging
+from hub.process import run_main
 
 log = logging.getLogger("gateway")
 PROG = "metrics-hub gateway"
@@ -33,10 +35,7 @@ _SUPERVISOR_TICK_S = 0.1
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    hub_configure_logging(level)
     # websockets logs every failed handshake (port scanners, clients that vanish); only
     # warnings are worth a line unless debugging.
     if level != "debug":
@@ -169,13 +168,4 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(10_000, 10, 10)
     if settings.workers > 1:
         return supervise(settings, list(loaded.argv))
-    try:
-        return asyncio.run(run(settings))
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
-        return 0
-    except Exception:
-        log.exception("the gateway failed")
-        return 1
+    return run_main(run(settings), PROG)

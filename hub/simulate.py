@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from hub.config import ConfigSpec, in_range, setting, valid_key_prefix, valid_redis_url
 from hub.errors import BackendUnavailable, ConfigError
 from hub.keys import MAX_SHARDS, KeyLayout
+from hub.process import configure_logging, run_main
 from hub.publisher import Publisher
 from hub.redis_url import connect, redact
 from hub.sample import Sample
@@ -343,15 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = SPEC.load_or_exit_code(argv)
     if isinstance(loaded, int):
         return loaded
-    logging.basicConfig(level=loaded.settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(serve(loaded.settings))
-    except ConfigError as exc:
-        print(f"{SPEC.prog}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    configure_logging(loaded.settings.log_level)
+    return run_main(serve(loaded.settings), SPEC.prog)
 
 
 if __name__ == "__main__":
